@@ -12,9 +12,9 @@ LOG_LEVEL_ENV = "MITO_LOG_LEVEL"
 FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
-def setup_console_logging() -> None:
-    """Log to stderr at `MITO_LOG_LEVEL` (default INFO)."""
-    level = os.environ.get(LOG_LEVEL_ENV, "INFO").upper()
+def setup_console_logging(default_level: str = "INFO") -> None:
+    """Log to stderr at `MITO_LOG_LEVEL` (default `default_level`)."""
+    level = os.environ.get(LOG_LEVEL_ENV, default_level).upper()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(FORMAT))
     root = logging.getLogger("mito_trio")

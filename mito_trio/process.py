@@ -76,6 +76,7 @@ async def run_child(
     deadline: float,
     hard_stop: HardStop,
     on_timeout: Callable[[], Awaitable[None]] | None = None,
+    on_spawn: Callable[[], None] | None = None,
     grace: float = 10.0,
     cwd: Path | None = None,
 ) -> ChildOutcome:
@@ -86,11 +87,14 @@ async def run_child(
     group gets SIGTERM and, `grace` seconds later, SIGKILL. If the caller is cancelled, the
     same SIGTERM/grace/SIGKILL sequence runs shielded (cut short by `hard_stop.trigger()`)
     before `Cancelled` propagates. Whatever is left of the group once the child has exited is
-    SIGKILLed. Raises `SpawnError` if the child cannot be started.
+    SIGKILLed. Raises `SpawnError` if the child cannot be started; `on_spawn()` is called
+    once it has been.
     """
     child = await _Child.spawn(argv, env=env, stdout=stdout, stderr=stderr, cwd=cwd)
     timed_out = False
     try:
+        if on_spawn is not None:
+            on_spawn()
         with trio.move_on_at(deadline) as waiting:
             await child.wait_exited()
         if waiting.cancelled_caught:
@@ -178,8 +182,8 @@ class _Child:
         self._signal_group(signal.SIGKILL)
         try:
             # Shielded: the child must be reaped even on the way out of a cancelled task.
-            with trio.CancelScope(shield=True) as reaping:
-                reaping.deadline = trio.current_time() + REAP_TIMEOUT
+            reap_by = trio.current_time() + REAP_TIMEOUT
+            with trio.CancelScope(shield=True, deadline=reap_by) as reaping:
                 returncode = await self._proc.wait()
         finally:
             self._close_pidfd()

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -62,6 +62,26 @@ class WatchPhase(Protocol):
         """None when the target was reached; an `EarlyEnd` on a watch timeout."""
 
 
+class ChildRunner(Protocol):
+    """Runs the task's child process: `process.run_child`, or a stand-in in unit tests."""
+
+    async def __call__(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        stdout: Path | None,
+        stderr: Path | None,
+        deadline: float,
+        hard_stop: HardStop,
+        on_timeout: Callable[[], Awaitable[None]] | None = None,
+        on_spawn: Callable[[], None] | None = None,
+        grace: float = 10.0,
+        cwd: Path | None = None,
+    ) -> ChildOutcome:
+        """Run `argv` until it exits or `deadline` passes."""
+
+
 @attrs.define
 class RunnerSettings:
     """What the runner takes from the worker's configuration."""
@@ -86,8 +106,10 @@ class TaskRunner:
         hard_stop: HardStop,
         settings: RunnerSettings,
         worker_env: Mapping[str, str],
+        child_runner: ChildRunner = run_child,
     ) -> None:
         self._client = client
+        self._run_child = child_runner
         self._http = http
         self._cache = cache
         self._announcer = announcer
@@ -156,7 +178,7 @@ class TaskRunner:
                 # ExecSpawned goes out once the child exists, while run_child waits on it.
                 spawned = trio.Event()
                 nursery.start_soon(self._announce_spawned, task, exec_seconds, spawned)
-                outcome = await run_child(
+                outcome = await self._run_child(
                     ["/usr/bin/env", *task.spec.args],
                     env=env,
                     stdout=self._cache.stdout_file if capture else None,

@@ -31,9 +31,10 @@ from .durations import format_duration
 from .errors import CoordinatorError, CoordinatorStopped, Transient, Unauthorized
 from .exitcodes import ExitCode
 from .logs import setup_console_logging
+from .process import run_child
 from .resources import ResourceFetcher
 from .stopping import HardStop
-from .task_runner import RunnerSettings, TaskRunner
+from .task_runner import ChildRunner, RunnerSettings, TaskRunner
 from .watch import Watcher
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ class Worker:
         announcer: Announcer | None = None,
         interactive: bool | None = None,
         startup_retry_window: float = STARTUP_RETRY_WINDOW,
+        child_runner: ChildRunner = run_child,
     ) -> None:
         self.config = config
         self._http = http
@@ -83,6 +85,7 @@ class Worker:
         self._announcer: Announcer = announcer or NullAnnouncer()
         self._interactive = interactive
         self._startup_retry_window = startup_retry_window
+        self._child_runner = child_runner
         self.client = CoordinatorClient(http, config.coordinator_addr)
         self.hard_stop = HardStop()
         self.worker_id: UUID | None = None
@@ -221,6 +224,7 @@ class Worker:
                 artifact_compression=config.artifact_compression,
             ),
             worker_env=self._worker_env,
+            child_runner=self._child_runner,
         )
         code = ExitCode.OK
         try:

@@ -133,6 +133,19 @@ async def test_exit_status(argv: list[str], raw: int) -> None:
     assert await run(argv) == ChildOutcome(raw_status=raw, timed_out=False)
 
 
+def core_pattern() -> str:
+    with open("/proc/sys/kernel/core_pattern") as f:
+        return f.read().strip()
+
+
+async def test_core_dump_flag(tmp_path: Path) -> None:
+    pattern = core_pattern()
+    if pattern.startswith("|") or "/" in pattern:
+        pytest.skip(f"core dumps go elsewhere here (core_pattern {pattern!r})")
+    outcome = await run(sh("ulimit -c unlimited; kill -SEGV $$"), cwd=tmp_path)
+    assert outcome.raw_status == 11 | 0x80
+
+
 async def test_on_timeout_not_called_before_deadline() -> None:
     calls = 0
 
@@ -279,19 +292,21 @@ async def test_hard_stop_during_grace_kills_at_once(tmp_path: Path) -> None:
     script = f"trap 'echo term >> {termed}' TERM; echo $$ > {shpid}; while :; do sleep 0.05; done"
     hard_stop = HardStop()
     saw_cancelled = False
+    child_scope = trio.CancelScope()
 
     async def child() -> None:
         nonlocal saw_cancelled
-        try:
-            await run(sh(script), grace=60, hard_stop=hard_stop)
-        except trio.Cancelled:
-            saw_cancelled = True
-            raise
+        with child_scope:
+            try:
+                await run(sh(script), grace=60, hard_stop=hard_stop)
+            except trio.Cancelled:
+                saw_cancelled = True
+                raise
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(child)
         await wait_until(lambda: has_pid(shpid))
-        nursery.cancel_scope.cancel()
+        child_scope.cancel()
         await wait_until(termed.exists)  # SIGTERM delivered: we are inside the 60 s grace
         triggered_at = trio.current_time()
         hard_stop.trigger()

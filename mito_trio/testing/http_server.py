@@ -21,8 +21,9 @@ __all__ = ["BodyTooLarge", "Handler", "Request", "Response", "serve_connection"]
 
 log = logging.getLogger(__name__)
 
-RECEIVE_SIZE = 1048576
+RECEIVE_SIZE = 256 * 1024
 SEND_PIECE = 1024 * 1024
+RAW_BODY_MIN = 1024 * 1024
 
 
 class BodyTooLarge(Exception):
@@ -93,28 +94,89 @@ class Request:
 
 
 class _Connection:
+    """h11 bookkeeping for one connection.
+
+    A large Content-Length body bypasses h11: its bytes are read straight off the stream
+    (h11 would copy each piece three times), and then a fresh h11 connection is primed with
+    the same request head minus the body, so the answer and the next request go through h11
+    as usual.
+    """
+
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
         self.h11 = h11.Connection(h11.SERVER)
+        self._head: h11.Request | None = None
+        self._raw_left: int | None = None
+        self._raw_started = False
+        self._pending = b""
+
+    def begin(self, head: h11.Request, content_length: int | None) -> None:
+        """Note a new request head; decide how its body will be read."""
+        self._head = head
+        raw = content_length is not None and content_length >= RAW_BODY_MIN
+        self._raw_left = content_length if raw else None
+        self._raw_started = False
 
     async def next_event(self) -> h11.Event | type[h11.PAUSED]:
         while True:
             event = self.h11.next_event()
             if event is not h11.NEED_DATA:
                 return event  # type: ignore[return-value]
-            if self.h11.they_are_waiting_for_100_continue:
-                await self.send(h11.InformationalResponse(status_code=100, headers=[]))
+            await self._continue_if_expected()
             data = await self.stream.receive_some(RECEIVE_SIZE)
             self.h11.receive_data(data if isinstance(data, bytes) else bytes(data))
 
+    async def _continue_if_expected(self) -> None:
+        if self.h11.they_are_waiting_for_100_continue:
+            await self.send(
+                h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
+            )
+
     async def next_body_chunk(self) -> bytes | None:
         """The next body piece, or None at the end of the body."""
+        if self._raw_left is not None:
+            return await self._next_raw_chunk(self._raw_left)
         event = await self.next_event()
         if isinstance(event, h11.Data):
-            return bytes(event.data)
+            return event.data
         if isinstance(event, h11.EndOfMessage):
             return None
         raise h11.RemoteProtocolError(f"unexpected {type(event).__name__} in a request body")
+
+    async def _next_raw_chunk(self, left: int) -> bytes | None:
+        if not self._raw_started:
+            self._raw_started = True
+            await self._continue_if_expected()
+            self._pending = self.h11.trailing_data[0]
+        if left == 0:
+            self._end_raw_body()
+            return None
+        if self._pending:
+            chunk = self._pending[:left]
+            self._pending = self._pending[len(chunk) :]
+        else:
+            received = await self.stream.receive_some(min(RECEIVE_SIZE, left))
+            if not received:
+                raise h11.RemoteProtocolError("peer closed the connection in a request body")
+            chunk = received if isinstance(received, bytes) else bytes(received)
+        self._raw_left = left - len(chunk)
+        return chunk
+
+    def _end_raw_body(self) -> None:
+        head = self._head
+        assert head is not None
+        lines = [b"%s %s HTTP/%s" % (head.method, head.target, head.http_version)]
+        lines += [b"%s: %s" % kv for kv in head.headers if kv[0] in (b"host", b"connection")]
+        lines.append(b"content-length: 0")
+        fresh = h11.Connection(h11.SERVER)
+        fresh.receive_data(b"\r\n".join(lines) + b"\r\n\r\n" + self._pending)
+        if not isinstance(fresh.next_event(), h11.Request) or not isinstance(
+            fresh.next_event(), h11.EndOfMessage
+        ):
+            raise h11.LocalProtocolError("could not re-prime h11 after a raw body")
+        self.h11 = fresh
+        self._raw_left = None
+        self._pending = b""
 
     async def send(self, event: h11.Event) -> None:
         data = self.h11.send(event)
@@ -164,6 +226,7 @@ async def _serve(conn: _Connection, handler: Handler) -> None:
         if not isinstance(event, h11.Request):
             return  # ConnectionClosed (or garbage after a closed cycle)
         request = Request(conn, event)
+        conn.begin(event, request.content_length)
         response = await handler(request)
         await request.drain()
         if response.drop:
