@@ -150,6 +150,10 @@ class TaskRunner:
                 task.uuid,
                 "second stop signal" if self._hard_stop.triggered else "finalisation took too long",
             )
+            if not self._hard_stop.triggered:
+                # The coordinator still counts the task as ours: fetching another one now
+                # would orphan it (§12.1). Stopping unregisters, which re-queues it.
+                raise Fatal(f"task {task.uuid} could not be finalised")
 
     # --- execution -------------------------------------------------------------------------
 

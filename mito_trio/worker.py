@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 
 #: §9.4: the final `DELETE /workers` may take this long.
 UNREGISTER_TIMEOUT = 3.0
+#: How long before the end of its lifetime the worker stops, at most.
+LIFETIME_MARGIN = 60.0
 #: How long start-up keeps retrying an unreachable or failing coordinator.
 STARTUP_RETRY_WINDOW = 15.0
 
@@ -133,6 +135,7 @@ class Worker:
 
     async def run(self) -> ExitCode:
         """Log in, register, serve tasks until stopped; the exit code says why it ended."""
+        started_at = trio.current_time()
         try:
             with self._startup_scope:
                 registration = await self._start()
@@ -141,7 +144,6 @@ class Worker:
             return exc.code
         if self._startup_scope.cancelled_caught:
             return ExitCode.OK
-        registered_at = trio.current_time()
         self.worker_id = registration.worker_id
         cache = TaskCache(self._cache_base / str(registration.worker_id))
         try:
@@ -151,7 +153,7 @@ class Worker:
                 "registered as worker %s with %s", registration.worker_id, self.client.base_url
             )
             self.registered.set()
-            return await self._serve(cache, registered_at)
+            return await self._serve(cache, started_at)
         finally:
             with trio.CancelScope(shield=True):
                 await self._unregister()
@@ -199,7 +201,7 @@ class Worker:
                 f"login or registration refused: {exc}", ExitCode.AUTH_ERROR
             ) from exc
 
-    async def _serve(self, cache: TaskCache, registered_at: float) -> ExitCode:
+    async def _serve(self, cache: TaskCache, started_at: float) -> ExitCode:
         config = self.config
         resources = ResourceFetcher(
             client=self.client,
@@ -232,7 +234,7 @@ class Worker:
                 self._root_scope = root.cancel_scope
                 root.start_soon(self._heartbeat_loop)
                 if config.lifetime is not None:
-                    root.start_soon(self._lifetime_timer, registered_at + config.lifetime)
+                    root.start_soon(self._lifetime_timer, started_at + config.lifetime)
                 await self._task_loop(runner)
                 root.cancel_scope.cancel()
         except* CoordinatorStopped as group:
@@ -254,8 +256,10 @@ class Worker:
                 raise CoordinatorStopped(f"the coordinator removed this worker ({exc})") from exc
 
     async def _lifetime_timer(self, end: float) -> None:
-        # Stopping before the token expires lets the final unregister still succeed.
-        await trio.sleep_until(end)
+        # Stop a little before the token expires (the clock started before registration), so
+        # that the final unregister still succeeds (§13.21).
+        lifetime = end - trio.current_time()
+        await trio.sleep_until(end - min(LIFETIME_MARGIN, lifetime / 10))
         self.request_stop("the worker's lifetime ended")
 
     async def _fetch(self) -> wire.WorkerTaskResp | None:
@@ -321,6 +325,9 @@ def run_worker_from_config(config: WorkerConfig) -> int:
     started = time.monotonic()
     try:
         code = trio.run(serve, config)
+    except KeyboardInterrupt:
+        # Ctrl+C before the signal handler was installed: nothing had started yet.
+        return ExitCode.OK
     except Exception:
         log.exception("internal error")
         return ExitCode.INTERNAL_ERROR
