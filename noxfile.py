@@ -25,3 +25,17 @@ def tests(session: nox.Session) -> None:
     """Unit and end-to-end tests against LocalCoordinator."""
     session.install("-e", ".[test]")
     session.run("pytest", "-q", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Side-by-side benchmarks against the Rust worker (~/.cargo/bin/mito), if installed."""
+    session.install("-e", ".")
+    session.run("python", "bench/run_all.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def interop(session: nox.Session) -> None:
+    """Both workers against the real coordinator 0.6.8 (see docs/interop.md)."""
+    session.install("-e", ".[test,interop]")
+    session.run("pytest", "-m", "interop", "tests/interop", "-v", *session.posargs)

@@ -26,8 +26,8 @@ Opener = Callable[[str], BinaryIO]
 
 def _openers() -> dict[str, Opener]:
     openers: dict[str, Opener] = {
-        "zlib (stdlib) level 6": lambda p: gzip.open(p, "wb", compresslevel=6),
-        "zlib (stdlib) level 1": lambda p: gzip.open(p, "wb", compresslevel=1),
+        "zlib (stdlib) level 6": lambda p: gzip.open(p, "wb", compresslevel=6),  # noqa: SIM115
+        "zlib (stdlib) level 1": lambda p: gzip.open(p, "wb", compresslevel=1),  # noqa: SIM115
         "isal level 1": lambda p: igzip.open(p, "wb", compresslevel=1),
         "isal level 1, threaded (2)": lambda p: igzip_threaded.open(
             p, "wb", compresslevel=1, threads=2

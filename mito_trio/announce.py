@@ -40,3 +40,15 @@ class RecordingAnnouncer:
     def states(self, task: UUID) -> list[TaskExecState]:
         """The states announced for one task, in order."""
         return [state for uuid, state, _ in self.events if uuid == task]
+
+
+class TeeAnnouncer:
+    """Passes every announcement to several announcers, in order (Redis plus a recorder)."""
+
+    def __init__(self, *announcers: Announcer) -> None:
+        self._announcers = announcers
+
+    async def announce(self, task: UUID, state: TaskExecState, ttl: int) -> None:
+        """Announce to each in turn."""
+        for announcer in self._announcers:
+            await announcer.announce(task, state, ttl)

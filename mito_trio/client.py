@@ -189,6 +189,9 @@ class CoordinatorClient:
         response = await self._worker_call(
             "POST", "workers/tasks", body=wire.ReportTaskReq(task_id, op)
         )
+        if not isinstance(op, wire.Upload):
+            # Only Upload needs the answer (its URL); the original ignores the others' bodies.
+            return wire.ReportTaskResp()
         return self._parse(response, wire.ReportTaskResp)
 
     async def locate_artifact(

@@ -177,11 +177,14 @@ class TaskRunner:
             log.warning("task %s: exec timeout after %s, stopping it", task.uuid, task.timeout)
             await self._announce(task, TaskExecState.ExecTimeout, TTL_SHORT)
 
-        try:
-            async with trio.open_nursery() as nursery:
-                # ExecSpawned goes out once the child exists, while run_child waits on it.
-                spawned = trio.Event()
-                nursery.start_soon(self._announce_spawned, task, exec_seconds, spawned)
+        # Errors are caught inside the nursery: out of it they come wrapped in a group, which
+        # `except trio.Cancelled` / `except SpawnError` would never match.
+        spawn_error: SpawnError | None = None
+        async with trio.open_nursery() as nursery:
+            # ExecSpawned goes out once the child exists, while run_child waits on it.
+            spawned = trio.Event()
+            nursery.start_soon(self._announce_spawned, task, exec_seconds, spawned)
+            try:
                 outcome = await self._run_child(
                     ["/usr/bin/env", *task.spec.args],
                     env=env,
@@ -193,14 +196,18 @@ class TaskRunner:
                     grace=self._settings.kill_grace,
                     on_spawn=spawned.set,
                 )
+            except SpawnError as exc:
+                spawn_error = exc
+            except trio.Cancelled:
+                with self._hard_stop.shielded(5):
+                    await self._announce(task, TaskExecState.WorkerExited, TTL_SHORT)
+                log.warning("task %s: stopped with the worker; it is not committed", task.uuid)
+                raise
+            if not spawned.is_set():
                 nursery.cancel_scope.cancel()
-        except SpawnError as exc:
-            raise Fatal(f"task {task.uuid}: {exc}") from exc
-        except trio.Cancelled:
-            with self._hard_stop.shielded(5):
-                await self._announce(task, TaskExecState.WorkerExited, TTL_SHORT)
-            log.warning("task %s: stopped with the worker; it is not committed", task.uuid)
-            raise
+            # Otherwise the nursery waits for ExecSpawned, so it always precedes ExecFinished.
+        if spawn_error is not None:
+            raise Fatal(f"task {task.uuid}: {spawn_error}") from spawn_error
         log.info(
             "task %s: %s (wait status %d)",
             task.uuid,

@@ -21,7 +21,7 @@ import platformdirs
 import trio
 
 from . import wire
-from .announce import Announcer, NullAnnouncer
+from .announce import Announcer, NullAnnouncer, TeeAnnouncer
 from .auth import MissingCredentials, obtain_user_token
 from .backoff import retry_transient
 from .cache import TaskCache
@@ -30,8 +30,9 @@ from .config import WorkerConfig
 from .durations import format_duration
 from .errors import CoordinatorError, CoordinatorStopped, Transient, Unauthorized
 from .exitcodes import ExitCode
-from .logs import setup_console_logging
+from .logs import add_secret, setup_console_logging, start_file_logging
 from .process import run_child
+from .redis_announce import RedisAnnouncer, open_redis
 from .resources import ResourceFetcher
 from .stopping import HardStop
 from .task_runner import ChildRunner, RunnerSettings, TaskRunner
@@ -146,6 +147,14 @@ class Worker:
             return ExitCode.OK
         self.worker_id = registration.worker_id
         cache = TaskCache(self._cache_base / str(registration.worker_id))
+        # §11: after registration, so that login lines never reach the file.
+        file_logs = start_file_logging(
+            worker_id=registration.worker_id,
+            log_dir=self._cache_base / "worker",
+            file_log=self.config.file_log,
+            shared_log=self.config.shared_log,
+            log_path=self.config.log_path,
+        )
         try:
             (self._cache_base / "worker").mkdir(parents=True, exist_ok=True)
             cache.prepare()
@@ -153,15 +162,18 @@ class Worker:
                 "registered as worker %s with %s", registration.worker_id, self.client.base_url
             )
             self.registered.set()
-            return await self._serve(cache, started_at)
+            async with open_redis(registration.redis_url, skip=self.config.skip_redis) as redis:
+                return await self._serve(cache, started_at, redis)
         finally:
             with trio.CancelScope(shield=True):
                 await self._unregister()
             cache.remove()
+            file_logs.close()
 
     async def _start(self) -> wire.RegisterWorkerResp:
         config = self.config
         credential_path = config.credential_path or default_credential_path()
+        add_secret(config.password)
         request = wire.RegisterWorkerReq(
             tags=list(config.tags),
             labels=list(config.labels),
@@ -169,7 +181,16 @@ class Worker:
             lifetime=None if config.lifetime is None else format_duration(config.lifetime),
         )
 
+        last_error: list[Transient] = []
+
         async def login_and_register() -> wire.RegisterWorkerResp:
+            try:
+                return await register()
+            except Transient as exc:
+                last_error[:] = [exc]
+                raise
+
+        async def register() -> wire.RegisterWorkerResp:
             token = await obtain_user_token(
                 self.client,
                 credential_path=credential_path,
@@ -178,7 +199,10 @@ class Worker:
                 retain=config.retain,
                 interactive=self._interactive,
             )
-            return await self.client.register(token, request)
+            add_secret(token)
+            registration = await self.client.register(token, request)
+            add_secret(registration.token)
+            return registration
 
         try:
             with trio.fail_after(max(self._startup_retry_window, 0.001)):
@@ -191,9 +215,10 @@ class Worker:
         except MissingCredentials as exc:
             raise StartupError(str(exc), ExitCode.CONFIG_ERROR) from exc
         except trio.TooSlowError as exc:
+            detail = f" (last error: {last_error[0]})" if last_error else ""
             raise StartupError(
-                f"cannot reach the coordinator at {self.client.base_url}: is it running, and is "
-                "--coordinator right?",
+                f"cannot reach the coordinator at {self.client.base_url}{detail}: is it "
+                "running, and is --coordinator right?",
                 ExitCode.UNREACHABLE,
             ) from exc
         except CoordinatorError as exc:
@@ -201,23 +226,30 @@ class Worker:
                 f"login or registration refused: {exc}", ExitCode.AUTH_ERROR
             ) from exc
 
-    async def _serve(self, cache: TaskCache, started_at: float) -> ExitCode:
+    async def _serve(
+        self, cache: TaskCache, started_at: float, redis: RedisAnnouncer | None = None
+    ) -> ExitCode:
         config = self.config
+        announcer = self._announcer if redis is None else TeeAnnouncer(self._announcer, redis)
         resources = ResourceFetcher(
             client=self.client,
             http=self._http,
             cache=cache,
-            announcer=self._announcer,
+            announcer=announcer,
             polling_interval=config.polling_interval,
         )
         watch = Watcher(
-            client=self.client, announcer=self._announcer, polling_interval=config.polling_interval
+            client=self.client,
+            announcer=announcer,
+            polling_interval=config.polling_interval,
+            read_state=None if redis is None else redis.read_state,
+            subscribe=None if redis is None else redis.task_states,
         )
         runner = TaskRunner(
             client=self.client,
             http=self._http,
             cache=cache,
-            announcer=self._announcer,
+            announcer=announcer,
             resources=resources,
             watch=watch,
             hard_stop=self.hard_stop,

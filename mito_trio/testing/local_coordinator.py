@@ -325,6 +325,7 @@ class LocalCoordinator:
             response = _json(500, {"msg": f"internal error: {exc!r}"})
         record.status = None if response.drop else response.status
         record.dropped = response.drop
+        record.answered = self._clock()
         log.debug("%s %s -> %s", request.method, request.target, record.status or "dropped")
         self._notify()
         return response

@@ -174,7 +174,11 @@ class Fault:
 
 @attrs.define
 class RequestRecord:
-    """One request as it arrived; `status` is None until answered, and stays None if dropped."""
+    """One request as it arrived; `status` is None until answered, and stays None if dropped.
+
+    `time` is when the request head arrived; `answered` is when the answer (or the drop) was
+    decided, after the handler read the body, so for a PUT it marks the end of the upload.
+    """
 
     method: str
     path: str
@@ -187,6 +191,7 @@ class RequestRecord:
     dropped: bool = False
     fault: Fault | None = None
     op: str | None = None
+    answered: float | None = None
 
 
 @attrs.define
