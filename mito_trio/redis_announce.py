@@ -263,7 +263,7 @@ class RedisConnection:
             with trio.fail_after(time_limit):
                 stream = await trio.open_tcp_stream(url.host, url.port)
         except (OSError, trio.TooSlowError) as exc:
-            raise ConnectionLost(f"cannot connect: {exc or 'timed out'}") from None
+            raise ConnectionLost(str(exc) or "timed out") from None
         # Notice a peer that vanished without closing (a subscriber only ever reads).
         stream.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         conn = cls(stream)

@@ -139,7 +139,9 @@ async def admin(redis: RedisServer) -> AsyncIterator[RedisConnection]:
 async def eventually(check: Callable[[], Any], what: str) -> None:
     """Poll observable state (Redis counters) until `check()` is true, within `PATIENCE`."""
     with trio.fail_after(PATIENCE):
-        while not await check():
+        while True:
+            if await check():
+                return
             await trio.sleep(0.01)
 
 
@@ -223,9 +225,9 @@ class RunningWorker:
 
 
 @asynccontextmanager
-async def running_worker(tmp_path: Path, redis_url: str | None, **config: Any) -> AsyncIterator[
-    RunningWorker
-]:
+async def running_worker(
+    tmp_path: Path, redis_url: str | None, **config: Any
+) -> AsyncIterator[RunningWorker]:
     """LocalCoordinator handing out `redis_url`, and an in-process Worker (real clock)."""
     coordinator = LocalCoordinator(redis_url=redis_url)
     recorder = RecordingAnnouncer()
@@ -456,7 +458,7 @@ TIMED_OUT = [1, 10, 11, 13, 14, 16, 17, 19]
 
 
 @pytest.mark.parametrize(
-    ("args", "timeout", "expected"),
+    ("args", "task_timeout", "expected"),
     [(["true"], "1m", SUCCESS), (["sleep", "30"], "1s", TIMED_OUT)],
     ids=["success", "exec-timeout"],
 )
@@ -465,14 +467,14 @@ async def test_task_states_reach_redis(
     admin: RedisConnection,
     tmp_path: Path,
     args: list[str],
-    timeout: str,
+    task_timeout: str,
     expected: list[int],
 ) -> None:
     async with (
         published(redis) as seen,
         running_worker(tmp_path, redis.worker_url()) as running,
     ):
-        task = running.coordinator.submit_task(args, timeout=timeout)
+        task = running.coordinator.submit_task(args, timeout=task_timeout)
         await seen.wait_for(task, S.TaskCommitted)
         record = running.coordinator.task(task)
     assert seen.states(task) == expected

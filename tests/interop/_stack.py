@@ -244,6 +244,7 @@ class SeaweedFS:
     root: Path
     proc: Proc | None = None
     s3_port: int = 0
+    ports: set[int] = field(default_factory=set)
 
     @property
     def s3_url(self) -> str:
@@ -260,7 +261,7 @@ class SeaweedFS:
             + S3_SECRET_KEY
             + '"}],"actions":["Admin","Read","List","Tagging","Write"]}]}'
         )
-        taken: set[int] = set()
+        taken = self.ports
         master, volume, filer, s3, admin = (free_port_pair(taken) for _ in range(5))
         self.s3_port = s3
         argv = [
@@ -305,6 +306,10 @@ class SeaweedFS:
         # SIGTERM makes weed wait ~20 s for its components: do not wait that long.
         if self.proc is not None:
             self.proc.stop(term_timeout=3.0)
+        # Killed before its own cleanup: remove the Unix sockets it left in /tmp.
+        for port in self.ports:
+            for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
+                sock.unlink(missing_ok=True)
 
 
 # --- PostgreSQL ---------------------------------------------------------------------------

@@ -138,6 +138,8 @@ def test_resource_not_found(mito: Mito, impl: str) -> None:
         assert task.artifacts == []
 
 
+# pynetmito's upload_file passes the file as `data=`.
+@pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
 def test_attachment_resource(mito: Mito, impl: str) -> None:
     """An attachment uploaded with pynetmito is downloaded to its local_path."""
     from pynetmito import RemoteResource, RemoteResourceDownload
