@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 from pathlib import Path
 
@@ -62,14 +64,32 @@ class TaskCache:
 
     def reset(self) -> None:
         """Empty the cache between tasks, so nothing leaks from one task into the next."""
-        if self.root.exists():
-            for entry in self.root.iterdir():
-                if entry.is_dir() and not entry.is_symlink():
-                    shutil.rmtree(entry, ignore_errors=True)
-                else:
-                    entry.unlink(missing_ok=True)
+        keep = {self.result_dir.name, self.exec_dir.name, self.resource_dir.name, "std"}
+        try:
+            entries = list(os.scandir(self.root))
+        except FileNotFoundError:
+            entries = []
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                # An empty directory we would re-create stays: rmdir + mkdir cost ~0.3 ms each.
+                if entry.name in keep and _is_empty(entry.path):
+                    # The task may have changed its mode; the next task gets a usable one.
+                    os.chmod(entry.path, 0o755)
+                    continue
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
         self.prepare()
 
     def remove(self) -> None:
         """Delete the whole cache at exit."""
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _is_empty(path: str) -> bool:
+    try:
+        with os.scandir(path) as it:
+            return next(it, None) is None
+    except OSError:
+        return False
