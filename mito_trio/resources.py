@@ -101,13 +101,16 @@ class ResourceFetcher:
             return None
         resource_dir = self._cache.resource_dir
         resource_dir.mkdir(parents=True, exist_ok=True)
+        destinations: list[Path] = []
+        for resource in task.spec.resources:
+            # Every path is checked before anything is fetched or written.
+            try:
+                destinations.append(resource_destination(resource_dir, resource.local_path))
+            except UnsafePath as exc:
+                log.error("task %s: refusing resource: %s", task.uuid, exc)
+                return FORBIDDEN
         with trio.move_on_at(deadline):
-            for resource in task.spec.resources:
-                try:
-                    dest = resource_destination(resource_dir, resource.local_path)
-                except UnsafePath as exc:
-                    log.error("task %s: refusing resource: %s", task.uuid, exc)
-                    return FORBIDDEN
+            for resource, dest in zip(task.spec.resources, destinations, strict=True):
                 early = await self._fetch_one(task, resource, dest)
                 if early is not None:
                     return early
@@ -150,7 +153,12 @@ class ResourceFetcher:
                 raise
             try:
                 received = await self._download(located.url, dest)
-            except (Transient, OSError) as exc:
+            except OSError as exc:
+                # A local write that failed (a path naming a directory, a full disk) will not
+                # work better on a second try.
+                log.error("task %s: cannot write %s: %s", task.uuid, resource.local_path, exc)
+                return FORBIDDEN
+            except Transient as exc:
                 delay = backoff.next_delay()
                 log.warning(
                     "task %s: download of %s failed (%s); retrying in %.1fs",

@@ -71,11 +71,19 @@ async def download_file(
                 await response.aread()
                 raise error_for_status(response.status_code, _storage_message(response))
             async with await trio.open_file(dest, "wb") as file:
-                async for chunk in response.aiter_bytes(CHUNK_SIZE):
-                    await file.write(chunk)
+                # No chunk size: with one, httpx holds data back until CHUNK_SIZE has arrived,
+                # and a slow but steady transfer would look stalled. Writes stay batched.
+                pending = bytearray()
+                async for chunk in response.aiter_bytes():
+                    pending += chunk
                     received += len(chunk)
+                    if len(pending) >= CHUNK_SIZE:
+                        await file.write(pending)
+                        pending.clear()
                     if on_progress is not None:
                         on_progress(received)
+                if pending:
+                    await file.write(pending)
     except httpx.HTTPError as exc:
         raise error_for_transport(exc, "the object store") from exc
     return received
