@@ -39,6 +39,10 @@ _TRANSIENT_ERRORS = (
 )
 
 
+#: Endpoint paths without data in them, whose URLs are worth keeping.
+_FIXED_PATHS = frozenset({"auth", "login", "workers", "workers/heartbeat", "workers/tasks"})
+
+
 def error_for_status(status: int, message: str) -> CoordinatorError:
     """The error class a non-2xx status maps to."""
     if status == 401:
@@ -91,6 +95,7 @@ class CoordinatorClient:
         self._http = http
         self._base = httpx.URL(base_url)
         self._prefix = self._base.path.rstrip("/")
+        self._urls: dict[str, httpx.URL] = {}
         self.worker_token: str | None = None
 
     @property
@@ -100,7 +105,13 @@ class CoordinatorClient:
 
     def url(self, path: str) -> httpx.URL:
         """The absolute URL of an endpoint path such as `workers/tasks`."""
-        return self._base.copy_with(raw_path=(self._prefix + "/" + path).encode())
+        url = self._urls.get(path)
+        if url is None:
+            # Building an httpx.URL parses it again; the fixed endpoints are built once.
+            url = self._base.copy_with(raw_path=(self._prefix + "/" + path).encode())
+            if path in _FIXED_PATHS:
+                self._urls[path] = url
+        return url
 
     async def _send(
         self,
