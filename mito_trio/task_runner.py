@@ -131,7 +131,10 @@ class TaskRunner:
             raise Fatal(f"task {task.uuid} has an unreadable timeout {task.timeout!r}") from exc
         log.info("task %s: fetched (id %d, timeout %s)", task.uuid, task.id, task.timeout)
         self._cache.reset()
-        await self._announce(task, TaskExecState.FetchResource, TTL_FETCH)
+        # The original's 360 s can run out during a long resource phase or watch (§13.14).
+        waits = bool(task.spec.resources) or task.spec.watch is not None
+        fetch_ttl = int(RESOURCE_DEADLINE) + TTL_SHORT if waits else TTL_FETCH
+        await self._announce(task, TaskExecState.FetchResource, fetch_ttl)
         deadline = trio.current_time() + RESOURCE_DEADLINE
 
         early = await self._resources.fetch(task, deadline)

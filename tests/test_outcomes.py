@@ -140,9 +140,10 @@ async def test_success(
         {"id": 4211, "op": {"Commit": {"exit_status": 768, "msg": None}}}
     ]
     assert coord.time_of("Finish") == 5.0
-    # TTLs of §8.3; ExecSpawned gets one (timeout + 660) where the original sets none.
+    # TTLs of §8.3; ExecSpawned gets one (timeout + 660) where the original sets none, and
+    # FetchResource outlives the 1800 s resource deadline when there is something to fetch.
     assert [(state, ttl) for _, state, ttl in announcer.events] == [
-        (S.FetchResource, 360),
+        (S.FetchResource, 1800 + 60),
         (S.ExecPending, 3600 + 60),
         (S.ExecSpawned, 3600 + 660),
         (S.ExecFinished, 660),
@@ -210,6 +211,15 @@ async def test_success_new_task_file(
     expected = ["Finish", *(["Submit"] if submitted else []), f"Commit 0 {msg}"]
     assert coord.reports() == expected
     assert coord.cache_snapshots[-1] == []
+
+
+async def test_fetch_resource_keeps_the_original_ttl_when_nothing_is_fetched(
+    autojump_clock: Any, coord: Any, make_worker: Any, child: Any, announcer: Any
+) -> None:
+    """Without resources or watch the phase is instant: FetchResource keeps §8.3's 360 s."""
+    coord.tasks.append(coord.task())
+    assert await run(make_worker()) == ExitCode.OK
+    assert announcer.events[0][1:] == (S.FetchResource, 360)
 
 
 async def test_stale_new_task_file_is_removed_before_spawning(
