@@ -32,7 +32,7 @@ from .errors import CoordinatorError, CoordinatorStopped, Transient, Unauthorize
 from .exitcodes import ExitCode
 from .logs import add_secret, setup_console_logging, start_file_logging
 from .process import run_child
-from .redis_announce import RedisAnnouncer, open_redis
+from .redis import RedisAnnouncer, open_redis
 from .resources import ResourceFetcher
 from .stopping import HardStop
 from .task_runner import ChildRunner, RunnerSettings, TaskRunner

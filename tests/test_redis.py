@@ -28,7 +28,7 @@ from mito_trio.announce import RecordingAnnouncer
 from mito_trio.client import new_http_client
 from mito_trio.config import WorkerConfig
 from mito_trio.exitcodes import ExitCode
-from mito_trio.redis_announce import (
+from mito_trio.redis import (
     ProtocolError,
     RedisConnection,
     RedisURL,
@@ -562,6 +562,6 @@ async def test_task_runs_to_its_commit_while_redis_is_down(
     assert running.recorder.states(task)[-1] is S.TaskCommitted
     assert WORKER_PASSWORD not in caplog.text
     redis_warnings = [
-        r for r in caplog.records if r.name == "mito_trio.redis_announce" and r.levelno >= 30
+        r for r in caplog.records if r.name.startswith("mito_trio.redis.") and r.levelno >= 30
     ]
     assert len(redis_warnings) <= 2, [r.getMessage() for r in redis_warnings]
