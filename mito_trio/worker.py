@@ -127,11 +127,6 @@ class Worker:
         if self._root_scope is not None:
             self._root_scope.cancel()
 
-    @property
-    def stopping(self) -> bool:
-        """Whether a stop was requested."""
-        return self._stopping
-
     # --- the run ---------------------------------------------------------------------------
 
     async def run(self) -> ExitCode:

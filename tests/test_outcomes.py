@@ -22,6 +22,7 @@ import trio
 
 from mito_trio import task_runner
 from mito_trio.exitcodes import ExitCode
+from mito_trio.testing.running import run_worker
 from mito_trio.wire import TaskExecState as S
 
 pytestmark = pytest.mark.usefixtures("threads_hold_clock")
@@ -37,20 +38,9 @@ NEW_TASK = {
 
 
 async def run(worker: Any, *, stop_at: float | None = None) -> ExitCode:
-    """Run `worker` to its end, asking it to stop at `stop_at` (virtual seconds)."""
-
-    async def stop_later() -> None:
-        assert stop_at is not None
-        await trio.sleep_until(stop_at)
-        worker.request_stop("test")
-
+    """Run `worker` to its end (stopping it at `stop_at`), bounded in virtual time."""
     with trio.fail_after(10**6):
-        async with trio.open_nursery() as nursery:
-            if stop_at is not None:
-                nursery.start_soon(stop_later)
-            code = await worker.run()
-            nursery.cancel_scope.cancel()
-    return code
+        return await run_worker(worker, stop_at=stop_at)
 
 
 def task_timeline(coord: Any) -> list[str]:
